@@ -12,9 +12,10 @@ settings and pilot's reading, and each scored run's scores.json with its split a
 a progress record into a new study folder, and the same asa-study command then resumes there: a scored run is not
 trained again, nor a positive control whose runs are all scored; the pretraining runs are trained again (the page
 reads their curves and exports), and so is every run that was not scored. A run trained again on another machine is
-another instance of it (its floating point differs, and with it a pretraining run's export step), so the progress
-record also says which encoder each scored run started from, by its file's sha256 (``started_from``; a run keeps
-the entry of the record it was first written to).
+another instance of it (its floating point differs, and with it a pretraining run's lowest held-out round), so the
+progress record keeps the export step asa-study fixed for each pretraining run (pretrain/exports.json: a run trained
+again exports there) and says which encoder each scored run started from, by its file's sha256 (``started_from``; a
+run keeps the entry of the record it was first written to).
 
     python scripts/record_study.py STUDY_DIR benchmarks/results/study-<what>-<date>
     python scripts/record_study.py --progress STUDY_DIR benchmarks/results/study-<what>-progress
@@ -35,7 +36,8 @@ from pathlib import Path
 RECORD = ("report", "transfer/scores.csv", "transfer/runs.csv", "design.json", "times.json", "pilot.json",
           "checks/checks.json", "study.json")
 HEAD_START = "transfer/head-start/scores.csv"  # the per-case scores at --head-start's step, when the design has one
-PROGRESS = ("design.json", "times.json", "study.json")  # what every progress record holds, then "pilot.json" once read
+PROGRESS = ("design.json", "times.json", "study.json")  # what every progress record holds, then `READ` once read
+READ = ("pilot.json", "pretrain/exports.json")  # the pilot's reading; each pretraining run's export step, fixed
 RUN_FILES = ("scores.json", "splits.json", "wall_time.json")  # of each scored run, <stage>/runs/<run>/
 MARK = "progress.json"  # what a progress record holds beside the study's files: when it was written, the runs scored
 
@@ -78,7 +80,7 @@ def progress(study: Path, dest: Path) -> list[Path]:
         raise SystemExit(f"{study}: lacks {', '.join(missing)}: --progress copies a folder asa-study writes")
     if dest.exists() and any(dest.iterdir()) and not (dest / MARK).is_file():
         raise SystemExit(f"{dest}: not a progress record (no {MARK}): --progress replaces only its own record")
-    names = [*PROGRESS, *(["pilot.json"] if (study / "pilot.json").is_file() else [])]
+    names = [*PROGRESS, *(name for name in READ if (study / name).is_file())]
     scored = sorted(f.parent.relative_to(study) for f in study.glob("*/runs/*/scores.json"))
     names += [str(run / name) for run in scored for name in RUN_FILES if (study / run / name).is_file()]
     kept = json.loads((dest / MARK).read_text()).get("started_from", {}) if (dest / MARK).is_file() else {}

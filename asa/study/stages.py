@@ -34,6 +34,7 @@ from asa.study.settings import Study
 from asa.study.tables import BUDGET_WINDOW, Outputs
 
 TRANSFER = "transfer"  # the transfer stage's folder in the study folder
+EXPORTS = "pretrain/exports.json"  # each pretraining run's export step, fixed once read (`pinned_exports`)
 UNFINISHED = 3  # the exit code of a call that stopped before the study's end (its budget, a stage left): rerun
 
 
@@ -220,16 +221,18 @@ def labeled_units(setup: Setup) -> list[Unit]:
     return units
 
 
-def pretraining_unit(s: Study, run: Pretraining, matched: Pretraining | None = None) -> Unit:
+def pretraining_unit(s: Study, run: Pretraining, matched: Pretraining | None = None, pinned: int | None = None) -> Unit:
     """A pretraining run's unit: done when its last.pt went through its schedule and its encoder is exported (at its
-    lowest held-out round; with ``matched``, after that run, at the step its export holds)."""
-    overrides = (*run.overrides, *s.threads_override)
-    late = None if matched is None else lambda: (f"export_step={export_step(matched)}",)
+    lowest held-out round; with ``matched``, after that run, at the step its export holds; at ``pinned``, the step
+    `pinned_exports` fixed for it, where the study folder holds one)."""
+    overrides = (*run.overrides, *s.threads_override, *(() if pinned is None else (f"export_step={pinned}",)))
+    waits = matched if pinned is None else None  # a fixed step is known before any run is done
+    late = None if waits is None else lambda: (f"export_step={export_step(waits)}",)
     return Unit(run.name, pretraining_argv(s.scale.nproc, *overrides),
                 lambda: finished(run.run_dir / "checkpoints" / "last.pt") and run.encoder.is_file(),
                 s.out / "logs" / f"{run.name}.log", threads=s.threads, inputs=run.inputs,
                 config=("pretrain", overrides), steps=s.scale.pretrain_steps, arms=(run.arm,),
-                after=() if matched is None else (matched.name,), late=late)
+                after=() if waits is None else (waits.name,), late=late)
 
 
 class Pretrain(Stage):
@@ -237,15 +240,51 @@ class Pretrain(Stage):
     round, and the negative control's: the matched arm's recipe on noise volumes, each run started once the matched
     arm's run of its replicate is done and exported at the step that run exported (`asa.study.arms.matched_by_noise`:
     mae), so that mae − noise differs in what the runs read, not in how long they trained; without a matched arm, at
-    its own lowest held-out round. A noise run waits for its matched run alone: the units keep the cores busy."""
+    its own lowest held-out round. A noise run waits for its matched run alone: the units keep the cores busy. Once
+    read, each run's export step is fixed (`pinned_exports`): a run trained again, as on another machine, exports at
+    it."""
 
     title = "pretraining"
 
     def units(self, setup: Setup, found: Findings) -> StageUnits:
-        s, matched = setup.study, matched_runs(setup)
-        arms = [pretraining_unit(s, run) for run in setup.runs if not ARMS[run.arm].noise]
-        noise = [pretraining_unit(s, run, matched.get(run.replicate)) for run in setup.runs if ARMS[run.arm].noise]
+        s, matched, pins = setup.study, matched_runs(setup), pinned_exports(setup.study)
+        arms = [pretraining_unit(s, run, pinned=pins.get(run.name)) for run in setup.runs if not ARMS[run.arm].noise]
+        noise = [pretraining_unit(s, run, matched.get(run.replicate), pins.get(run.name))
+                 for run in setup.runs if ARMS[run.arm].noise]
         return StageUnits((*arms, *noise))
+
+    def read(self, setup: Setup, found: Findings, staged: StageUnits) -> int | None:
+        pin_exports(setup.study, setup.runs)
+        return None
+
+
+def pinned_exports(s: Study) -> dict[str, int]:
+    """Each pretraining run -> the step of its export, as the study folder's `EXPORTS` fixed it when the pretraining
+    stage was first read (empty before). A run's floating point differs from machine to machine, and with it the round
+    whose held-out loss is lowest (the end-point study's mae-c40: step 1,504 on one machine, 848 on the next, their
+    losses 0.5593 and 0.5609 apart by 0.0016); a run trained again (its folder lost with its machine, and restored
+    from a progress record: ``scripts/record_study.py``) exports at the step the runs already scored started from,
+    so every draw's runs start from the same round of the same recipe."""
+    path = s.out / EXPORTS
+    if not path.is_file():
+        return {}
+    try:
+        return {str(name): int(step) for name, step in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        refuse(f"{path}: expected a JSON object of pretraining run -> export step (asa-study writes it): {err}")
+
+
+def pin_exports(s: Study, runs: Sequence[Pretraining]) -> None:
+    """Fix each run's export step in `EXPORTS` (the steps already there kept); refuse a run whose export is not at
+    its fixed step (trained before the step was fixed, its folder kept), naming the folder to remove."""
+    pins = pinned_exports(s)
+    for run in runs:
+        step = export_step(run)
+        if pins.setdefault(run.name, step) != step:
+            refuse(f"[study] {run.encoder}: exported at step {step}, but {s.out / EXPORTS} fixes {run.name}'s export "
+                   f"at step {pins[run.name]} (the step its scored runs started from): remove {run.run_dir} so that "
+                   "the same command trains it again and exports it there")
+    atomic_write_json(s.out / EXPORTS, dict(sorted(pins.items())))
 
 
 def matched_runs(setup: Setup) -> dict[int, Pretraining]:

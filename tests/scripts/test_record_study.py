@@ -21,7 +21,7 @@ def _study(root: Path) -> Path:
              "transfer/scores.csv": "arm,n,seed,case,Dice_mean\nscratch,8,10,a,0.5\n", "transfer/runs.csv": "arm\n",
              "design.json": '{"looks": []}', "times.json": '{"sittings": []}', "pilot.json": '{"steps": 2400}',
              "checks/checks.json": "{}", "study.json": "{}", "transfer/runs/scratch-n8-s0/checkpoints/last.pt": "x",
-             "logs/pilot.log": "log", "pretrain/mae-c40/encoder.pt": "x"}
+             "logs/pilot.log": "log", "pretrain/mae-c40/encoder.pt": "x", "pretrain/exports.json": '{"mae-c40": 848}'}
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
@@ -88,7 +88,8 @@ def test_a_progress_record_holds_the_scored_runs_and_the_design_and_resumes_in_a
     held = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     runs = ["pilot/runs/scratch-n8-s0/scores.json", *(f"transfer/runs/scratch-n8-s0/{name}" for name in
                                                       ("scores.json", "splits.json", "wall_time.json"))]
-    assert held == sorted([MARK, "design.json", "times.json", "study.json", "pilot.json", *runs])
+    assert held == sorted([MARK, "design.json", "times.json", "study.json", "pilot.json", "pretrain/exports.json",
+                           *runs])  # each pretraining run's export step, fixed: a run trained again exports there
     assert all((dest / name).read_bytes() == (study / name).read_bytes() for name in held if name != MARK)
     # the next sitting's progress replaces the record whole; nothing else is ever written over
     (study / "transfer" / "runs" / "mae-n8-s0" / "scores.json").write_text('{"scores": [1]}')
@@ -128,7 +129,8 @@ def test_git_ignores_no_file_a_record_or_a_progress_record_holds(tmp_path):
         dest = tmp_path / "results" / name
         assert main([*args, str(study), str(dest)]) == 0
         held += [f"benchmarks/results/{name}/{p.relative_to(dest)}" for p in dest.rglob("*") if p.is_file()]
-    assert "benchmarks/results/study-x-progress/pilot/runs/scratch-n8-s0/scores.json" in held
+    assert {f"benchmarks/results/study-x-progress/{name}" for name in
+            ("pilot/runs/scratch-n8-s0/scores.json", "pretrain/exports.json")} <= set(held)
     ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=repo, capture_output=True,
                              text=True, input="\n".join(held))
     assert ignored.returncode in (0, 1), ignored.stderr

@@ -1009,6 +1009,38 @@ def test_the_noise_control_is_exported_at_the_step_its_matched_arm_exported(data
         "noise-c4": ["export_step=3"], "noise-c4-p1": ["export_step=4"]}
 
 
+def test_a_pretraining_run_trained_again_exports_at_the_step_the_study_fixed(data, tmp_path, monkeypatch):
+    """Once the pretraining stage is read, each run's export step is fixed (pretrain/exports.json): a run trained
+    again (its folder lost with its machine, the file restored from a progress record) exports at that step, not at
+    its own lowest held-out round, and a noise run no longer waits for its matched run; a kept run exported at another
+    step is refused, naming the folder to remove, and the fixed steps stay as they were."""
+    from asa.io import save_checkpoint
+
+    cohort, labeled = data
+    setups: list = []
+    monkeypatch.setattr(study, "run_stages", lambda setup, *rest: setups.append(setup) or 0)
+    assert study.main(["--pretrain-data", str(cohort), "--data", "msd", "--root", str(labeled), *QUICK, "--network",
+                       "resenc-tiny", "--arms", "mae", "noise", "--out", str(tmp_path / "s")]) == 0
+    (setup,) = setups
+    steps = {"mae-c4": 848, "mae-c4-p1": 1152, "noise-c4": 848, "noise-c4-p1": 1152}
+    assert sorted(run.name for run in setup.runs) == sorted(steps)
+    for run in setup.runs:
+        save_checkpoint(run.encoder, {"step": steps[run.name]})
+    stage, exports = stages.Pretrain(), setup.study.out / stages.EXPORTS
+    assert stage.read(setup, stages.Findings(), stages.StageUnits()) is None
+    assert json.loads(exports.read_text()) == steps
+    units = {u.name: u for u in stage.units(setup, stages.Findings()).units}
+    assert {name: [a for a in u.argv if a.startswith("export_step=")] for name, u in units.items()} == {
+        name: [f"export_step={step}"] for name, step in steps.items()}
+    assert all(u.after == () and u.late is None for u in units.values())  # every step known: no run waits
+    mae = next(run for run in setup.runs if run.name == "mae-c4")
+    save_checkpoint(mae.encoder, {"step": 1504})  # trained before the step was fixed, its folder kept
+    with pytest.raises(SystemExit, match=rf"exported at step 1504, but .*exports\.json fixes mae-c4's export at step "
+                                         rf"848 .*: remove {mae.run_dir}"):
+        stage.read(setup, stages.Findings(), stages.StageUnits())
+    assert json.loads(exports.read_text()) == steps
+
+
 def test_the_encoder_norm_over_a_fresh_one_is_read_off_the_export(tmp_path):
     """norm_ratio rebuilds the export's network freshly initialised (seed 0) and divides the norms of the trained
     weights it exports: a fresh export reads 1, one with every weight doubled 2 (its buffers and other keys unread)."""
