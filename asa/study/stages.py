@@ -280,9 +280,10 @@ def pin_exports(s: Study, runs: Sequence[Pretraining]) -> None:
     pins = pinned_exports(s)
     for run in runs:
         step = export_step(run)
-        if pins.setdefault(run.name, step) != step:
+        fixed = pins.setdefault(run.name, step)
+        if fixed != step:
             refuse(f"[study] {run.encoder}: exported at step {step}, but {s.out / EXPORTS} fixes {run.name}'s export "
-                   f"at step {pins[run.name]} (the step its scored runs started from): remove {run.run_dir} so that "
+                   f"at step {fixed} (the step its scored runs started from): remove {run.run_dir} so that "
                    "the same command trains it again and exports it there")
     atomic_write_json(s.out / EXPORTS, dict(sorted(pins.items())))
 
